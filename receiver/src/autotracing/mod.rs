@@ -1,0 +1,1 @@
+//! Autotracing detectors (see docs/autotracing.md).

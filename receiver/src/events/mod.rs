@@ -1,0 +1,1 @@
+//! Event collectors (see docs/events.md).
