@@ -292,3 +292,53 @@ impl Resource {
         }
     }
 }
+
+impl From<i64> for Number {
+    fn from(v: i64) -> Self {
+        Number::Int(v)
+    }
+}
+/// Saturates above i64::MAX (OTLP integers are signed).
+impl From<u64> for Number {
+    fn from(v: u64) -> Self {
+        Number::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<f64> for Number {
+    fn from(v: f64) -> Self {
+        Number::Double(v)
+    }
+}
+
+impl NumberPoint {
+    pub fn new(attributes: Attributes, start_time: u64, value: impl Into<Number>) -> Self {
+        Self { attributes, start_time, value: value.into() }
+    }
+}
+
+type Text = Cow<'static, str>;
+
+impl Metric {
+    fn with_data(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, data: MetricData) -> Self {
+        Self { name: name.into(), description: description.into(), unit: unit.into(), data }
+    }
+
+    /// A level (memory in use, queue length).
+    pub fn gauge(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<NumberPoint>) -> Self {
+        Self::with_data(name, description, unit, MetricData::Gauge(points))
+    }
+
+    /// A cumulative monotonic counter (points carry their start time).
+    pub fn counter(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<NumberPoint>) -> Self {
+        Self::with_data(name, description, unit, MetricData::Sum { monotonic: true, points })
+    }
+
+    /// A cumulative sum that may go down.
+    pub fn up_down(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<NumberPoint>) -> Self {
+        Self::with_data(name, description, unit, MetricData::Sum { monotonic: false, points })
+    }
+
+    pub fn histogram(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<HistogramPoint>) -> Self {
+        Self::with_data(name, description, unit, MetricData::Histogram(points))
+    }
+}
