@@ -33,6 +33,20 @@ impl Running {
     }
 }
 
+/// The metrics half of an event collector. When the event half fails and is
+/// rebuilt, the new metrics half (reading the new BPF object) replaces the old.
+#[derive(Clone)]
+struct MetricsSlot(Arc<std::sync::Mutex<Box<dyn MetricsCollector>>>);
+
+impl MetricsCollector for MetricsSlot {
+    fn collect(&mut self, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .collect(out)
+    }
+}
+
 /// Collectors scheduled in one group share one interval and one timer.
 struct Scheduled {
     name: &'static str,
@@ -75,15 +89,18 @@ pub fn start(
                 });
             }
             Ok(Instance::Events { collector, metrics }) => {
-                if let Some((interval, metrics)) = metrics {
+                let slot = metrics.map(|(interval, metrics)| {
+                    let slot = MetricsSlot(Arc::new(std::sync::Mutex::new(metrics)));
                     groups.entry(interval).or_default().push(Scheduled {
                         name: entry.name,
-                        collector: metrics,
+                        collector: Box::new(slot.clone()),
                     });
-                }
+                    slot
+                });
                 tasks.spawn(run_events(
                     entry.clone(),
                     Some(collector),
+                    slot,
                     host.clone(),
                     router.clone(),
                     health.clone(),
@@ -192,6 +209,7 @@ fn collect_one(item: &mut Scheduled, router: &Router, health: &HealthBoard) {
 async fn run_events(
     entry: Entry,
     mut first: Option<Box<dyn super::EventCollector>>,
+    metrics_slot: Option<MetricsSlot>,
     host: HostContext,
     router: Router,
     health: HealthBoard,
@@ -202,7 +220,12 @@ async fn run_events(
         let collector = match first.take() {
             Some(c) => c,
             None => match entry.build(&host) {
-                Ok(Instance::Events { collector, .. }) => collector,
+                Ok(Instance::Events { collector, metrics }) => {
+                    if let (Some(slot), Some((_, fresh))) = (&metrics_slot, metrics) {
+                        *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    }
+                    collector
+                }
                 Ok(_) => return,
                 Err(e) => {
                     health.record_failure(entry.name, &e);
@@ -269,6 +292,45 @@ impl Cooldowns {
     }
 }
 
+/// kotel's own CPU use (all threads, from `getrusage`) over about the last
+/// minute, sampled at each detector check: the capture CPU budget.
+#[derive(Default)]
+pub struct CpuMeter {
+    samples: std::collections::VecDeque<(Instant, f64)>,
+}
+
+impl CpuMeter {
+    pub fn sample(&mut self, now: Instant) {
+        self.push(now, process_cpu_seconds());
+    }
+
+    pub fn push(&mut self, now: Instant, cpu: f64) {
+        self.samples.push_back((now, cpu));
+        // Keep one sample at least a minute old as the baseline.
+        while self.samples.len() > 2
+            && now.duration_since(self.samples[1].0) >= Duration::from_secs(60)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Average CPUs used between the oldest kept sample and the newest.
+    pub fn cores(&self) -> Option<f64> {
+        let (t0, c0) = *self.samples.front()?;
+        let (t1, c1) = *self.samples.back()?;
+        let wall = t1.duration_since(t0).as_secs_f64();
+        (wall > 0.0).then(|| (c1 - c0) / wall)
+    }
+}
+
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only fills the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_detector(
     name: &'static str,
@@ -281,6 +343,8 @@ async fn run_detector(
     mut shutdown: watch::Receiver<bool>,
 ) {
     health.set(name, super::Mode::Autotracing, Status::Running);
+    let budget = detector.capture_cpu_budget();
+    let mut cpu_meter = CpuMeter::default();
     let detector = Arc::new(std::sync::Mutex::new(detector));
     let mut cooldowns = Cooldowns::default();
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
@@ -307,10 +371,21 @@ async fn run_detector(
             }
         };
         health.record_success(name, None);
+        cpu_meter.sample(Instant::now());
         triggers.sort_by(|a, b| b.excess.total_cmp(&a.excess));
         for trigger in triggers {
             let now = Instant::now();
             if !cooldowns.ready(&trigger.scope, cooldown, now) {
+                continue;
+            }
+            if let (Some(budget), Some(used)) = (budget, cpu_meter.cores())
+                && used > budget
+            {
+                info!(
+                    collector = name,
+                    scope = trigger.scope,
+                    "capture skipped: kotel used {used:.2} CPUs over the last minute (budget {budget})"
+                );
                 continue;
             }
             // One heavy capture at a time across all detectors.
@@ -340,6 +415,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cpu_meter_averages_the_last_minute() {
+        let mut m = CpuMeter::default();
+        let t0 = Instant::now();
+        assert_eq!(m.cores(), None);
+        m.push(t0, 0.0);
+        m.push(t0 + Duration::from_secs(10), 5.0);
+        assert_eq!(m.cores(), Some(0.5));
+        for i in 2..20 {
+            m.push(t0 + Duration::from_secs(10 * i), 5.0);
+        }
+        // The burst is more than a minute old now.
+        assert_eq!(m.cores(), Some(0.0));
+    }
+
+    #[test]
     fn cooldown_is_per_scope() {
         let mut c = Cooldowns::default();
         let t0 = Instant::now();
@@ -356,5 +446,138 @@ mod tests {
             Duration::from_secs(60),
             t0 + Duration::from_secs(60)
         ));
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use kotel_pipelines::{
+        EventEmitter, Metric, MetricsSink, MetricsSnapshot, NumberPoint, Router,
+    };
+    use serde::{Deserialize, Serialize};
+
+    use crate::framework::{
+        Availability, CollectorSpec, EventCollector, HealthBoard, HostContext, Instance,
+        MetricsCollector, Mode,
+    };
+    use crate::registry::Entry;
+
+    /// Builds so far; each build is one "generation" of BPF object.
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct Cfg;
+    impl crate::framework::CommonSettings for Cfg {
+        fn enabled(&self) -> bool {
+            true
+        }
+    }
+
+    /// Fails on its first run, as a collector whose ring buffer broke would.
+    struct Flaky(u64);
+    impl EventCollector for Flaky {
+        fn run(
+            self: Box<Self>,
+            _: EventEmitter,
+            mut shutdown: tokio::sync::watch::Receiver<bool>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        {
+            Box::pin(async move {
+                if self.0 == 1 {
+                    anyhow::bail!("first generation fails");
+                }
+                let _ = shutdown.changed().await;
+                Ok(())
+            })
+        }
+    }
+
+    struct Generation(u64);
+    impl MetricsCollector for Generation {
+        fn collect(&mut self, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+            out.push(Metric::gauge(
+                "test.generation",
+                "",
+                "1",
+                vec![NumberPoint::new(vec![], 0, self.0)],
+            ));
+            Ok(())
+        }
+    }
+
+    struct Spec;
+    impl CollectorSpec for Spec {
+        const NAME: &'static str = "flaky";
+        const MODE: Mode = Mode::Events;
+        const ABOUT: &'static str = "test";
+        type Config = Cfg;
+        fn probe(_: &Cfg) -> Availability {
+            Availability::Available
+        }
+        fn build(_: &Cfg, _: &HostContext, interval: Duration) -> anyhow::Result<Instance> {
+            let g = BUILDS.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(Instance::Events {
+                collector: Box::new(Flaky(g)),
+                metrics: Some((interval, Box::new(Generation(g)))),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Last(Mutex<Option<Arc<MetricsSnapshot>>>);
+    impl MetricsSink for Last {
+        fn name(&self) -> &str {
+            "last"
+        }
+        fn publish(&self, s: Arc<MetricsSnapshot>) {
+            *self.0.lock().unwrap() = Some(s);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_event_collector_gets_its_new_metrics_half() {
+        let host = HostContext {
+            boot_time: 0,
+            agent_start: 0,
+            clock_tick: 0.01,
+            page_size: 4096,
+            capture_dir: std::env::temp_dir(),
+        };
+        let router = Router::new();
+        let last = Arc::new(Last::default());
+        router.set(vec![last.clone()], vec![]);
+        let health = HealthBoard::default();
+        let entry = Entry::new::<Spec>(&Cfg, Duration::from_millis(100));
+        let running = super::start(&[entry], vec![], &host, &router, &health);
+        let generation = || {
+            let snap = last.0.lock().unwrap().clone()?;
+            match &snap.metrics[0].data {
+                kotel_pipelines::MetricData::Gauge(p) => Some(p[0].value),
+                _ => None,
+            }
+        };
+        let mut seen = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen = generation();
+            if seen == Some(kotel_pipelines::Number::Int(2)) {
+                break;
+            }
+        }
+        running.stop(Duration::from_secs(2)).await;
+        assert_eq!(
+            seen,
+            Some(kotel_pipelines::Number::Int(2)),
+            "metrics come from the rebuilt instance"
+        );
+        assert_eq!(
+            health.snapshot()["flaky"].errors,
+            1,
+            "the failure was counted"
+        );
     }
 }
