@@ -165,6 +165,10 @@ struct CpuCollector {
     per_cpu: bool,
     clock_tick: f64,
     boot_time: u64,
+    /// Highest tick count reported per (cpu, mode): iowait (and idle on
+    /// NO_HZ kernels) can step backwards in /proc/stat, and a cumulative
+    /// counter must not, or backends see a counter reset.
+    high_water: std::collections::HashMap<Option<u32>, [u64; MODES.len()]>,
 }
 
 impl CpuCollector {
@@ -176,11 +180,15 @@ impl CpuCollector {
             per_cpu: config.per_cpu,
             clock_tick: host.clock_tick,
             boot_time: host.boot_time,
+            high_water: std::collections::HashMap::new(),
         })
     }
 
-    fn time_points(&self, id: Option<u32>, t: &Times, points: &mut Vec<NumberPoint>) {
-        for (mode, &ticks) in MODES.iter().zip(&t.ticks[..t.n]) {
+    fn time_points(&mut self, id: Option<u32>, t: &Times, points: &mut Vec<NumberPoint>) {
+        let high = self.high_water.entry(id).or_insert([0; MODES.len()]);
+        for ((mode, &ticks), high) in MODES.iter().zip(&t.ticks[..t.n]).zip(high.iter_mut()) {
+            *high = (*high).max(ticks);
+            let ticks = *high;
             let mut attributes = Vec::with_capacity(2);
             if let Some(id) = id {
                 attributes.push(KeyValue::new("cpu.logical_number", id));
@@ -227,9 +235,11 @@ impl MetricsCollector for CpuCollector {
 
         let mut points = Vec::with_capacity(MODES.len() * self.stat.cpus.len().max(1));
         if self.per_cpu {
-            for (id, t) in &self.stat.cpus {
+            let cpus = std::mem::take(&mut self.stat.cpus);
+            for (id, t) in &cpus {
                 self.time_points(Some(*id), t, &mut points);
             }
+            self.stat.cpus = cpus;
         } else {
             self.time_points(None, &total, &mut points);
         }
@@ -382,6 +392,27 @@ mod tests {
         let mut out = Vec::new();
         c.collect(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn iowait_stepping_backwards_never_lowers_the_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        let line = |iowait: u64| {
+            format!(
+                "cpu  100 0 50 1000 {iowait} 0 0 0 0 0\ncpu0 100 0 50 1000 {iowait} 0 0 0 0 0\n"
+            )
+        };
+        std::fs::write(&path, line(500)).unwrap();
+        let mut c = CpuCollector::new(&path, &Config::default(), &host()).unwrap();
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        std::fs::write(&path, line(480)).unwrap();
+        let mut out = Vec::new();
+        c.collect(&mut out).unwrap();
+        let pts = points(find(&out, "system.cpu.time"));
+        let iowait = pts.iter().find(|p| value(p, Some(0), "iowait")).unwrap();
+        assert_eq!(iowait.value, Number::Double(500.0 * 0.01));
     }
 
     fn find<'a>(out: &'a [Metric], name: &str) -> &'a Metric {
