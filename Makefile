@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
 
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool iproute2 curl ca-certificates
-TEST_APT_PACKAGES := prometheus python3
+TEST_APT_PACKAGES := prometheus python3 openssl nftables e2fsprogs util-linux gcc libbpf-tools
 CARGO ?= cargo
 
 .PHONY: run test setup setup-test build otelcol lint bench clean

@@ -128,6 +128,10 @@ impl StatusSource for Status {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+
+    fn containers(&self) -> Option<serde_json::Value> {
+        Some(kotel_receiver::cgroups::snapshot_json())
+    }
 }
 
 fn start_generation(

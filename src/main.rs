@@ -53,7 +53,11 @@ enum ConfigAction {
     /// Validate a config file (exit 2 with file:line:column and key on error).
     Check { file: PathBuf },
     /// Print the embedded default config, with comments.
-    Default,
+    Default {
+        /// Every setting of every collector and exporter with its default value.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 /// Exit code for unusable configuration.
@@ -84,9 +88,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Config {
-            action: ConfigAction::Default,
+            action: ConfigAction::Default { full },
         } => {
-            print!("{}", config::DEFAULT_YAML);
+            if full {
+                match serde_yaml::to_string(&config::Config::default()) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", config::DEFAULT_YAML);
+            }
             ExitCode::SUCCESS
         }
         Command::Config {

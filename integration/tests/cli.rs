@@ -85,6 +85,17 @@ fn embedded_default_prints_and_validates() {
     assert!(text.contains("# kotel configuration"));
     let (code, _, err) = check(&text);
     assert_eq!(code, 0, "{err}");
+    let full = Command::new(KOTEL)
+        .args(["config", "default", "--full"])
+        .output()
+        .unwrap();
+    let full = String::from_utf8(full.stdout).unwrap();
+    assert!(
+        full.contains("max_events_per_second: 100"),
+        "every setting is listed"
+    );
+    let (code, _, err) = check(&full);
+    assert_eq!(code, 0, "the full listing is itself a valid config: {err}");
 }
 
 #[test]
@@ -207,4 +218,24 @@ fn file_exporter_writes_otlp_json_lines_0600() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+#[test]
+fn containers_endpoint_lists_a_new_container_cgroup() {
+    let kotel = Kotel::start(Path::new(KOTEL), RUNNING, &[]).unwrap();
+    let id = format!("{:0>64x}", 0xc0ffee_u64 * u64::from(std::process::id()));
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/kotel-test-http-{}/docker-{id}.scope",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("creating a cgroup v2 directory (needs root)");
+    let seen = wait_for(Duration::from_secs(5), || {
+        kotel_integration::http_get(kotel.http_port, "/containers")
+            .ok()
+            .filter(|(code, body)| *code == 200 && body.contains(&id))
+    });
+    std::fs::remove_dir(&dir).ok();
+    std::fs::remove_dir(dir.parent().unwrap()).ok();
+    assert!(seen.is_some(), "GET /containers never listed {id}");
+    assert!(kotel.stop().is_some_and(|s| s.success()));
 }

@@ -312,33 +312,83 @@ impl From<f64> for Number {
 
 impl NumberPoint {
     pub fn new(attributes: Attributes, start_time: u64, value: impl Into<Number>) -> Self {
-        Self { attributes, start_time, value: value.into() }
+        Self {
+            attributes,
+            start_time,
+            value: value.into(),
+        }
     }
 }
 
 type Text = Cow<'static, str>;
 
 impl Metric {
-    fn with_data(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, data: MetricData) -> Self {
-        Self { name: name.into(), description: description.into(), unit: unit.into(), data }
+    fn with_data(
+        name: impl Into<Text>,
+        description: impl Into<Text>,
+        unit: impl Into<Text>,
+        data: MetricData,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            unit: unit.into(),
+            data,
+        }
     }
 
     /// A level (memory in use, queue length).
-    pub fn gauge(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<NumberPoint>) -> Self {
+    pub fn gauge(
+        name: impl Into<Text>,
+        description: impl Into<Text>,
+        unit: impl Into<Text>,
+        points: Vec<NumberPoint>,
+    ) -> Self {
         Self::with_data(name, description, unit, MetricData::Gauge(points))
     }
 
     /// A cumulative monotonic counter (points carry their start time).
-    pub fn counter(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<NumberPoint>) -> Self {
-        Self::with_data(name, description, unit, MetricData::Sum { monotonic: true, points })
+    pub fn counter(
+        name: impl Into<Text>,
+        description: impl Into<Text>,
+        unit: impl Into<Text>,
+        points: Vec<NumberPoint>,
+    ) -> Self {
+        Self::with_data(
+            name,
+            description,
+            unit,
+            MetricData::Sum {
+                monotonic: true,
+                points,
+            },
+        )
     }
 
     /// A cumulative sum that may go down.
-    pub fn up_down(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<NumberPoint>) -> Self {
-        Self::with_data(name, description, unit, MetricData::Sum { monotonic: false, points })
+    pub fn up_down(
+        name: impl Into<Text>,
+        description: impl Into<Text>,
+        unit: impl Into<Text>,
+        points: Vec<NumberPoint>,
+    ) -> Self {
+        Self::with_data(
+            name,
+            description,
+            unit,
+            MetricData::Sum {
+                monotonic: false,
+                points,
+            },
+        )
     }
 
-    pub fn histogram(name: impl Into<Text>, description: impl Into<Text>, unit: impl Into<Text>, points: Vec<HistogramPoint>) -> Self {
+    pub fn histogram(
+        name: impl Into<Text>,
+        description: impl Into<Text>,
+        unit: impl Into<Text>,
+        points: Vec<HistogramPoint>,
+    ) -> Self {
         Self::with_data(name, description, unit, MetricData::Histogram(points))
     }
 }

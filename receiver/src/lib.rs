@@ -6,8 +6,10 @@
 //! [`autotracing`].
 
 pub mod autotracing;
+pub mod cgroups;
 pub mod events;
 pub mod framework;
+pub mod kube;
 pub mod metrics;
 pub mod procfs;
 pub mod registry;

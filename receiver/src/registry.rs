@@ -123,11 +123,43 @@ macro_rules! registry {
 
 registry! {
     metrics {
+        containers => crate::metrics::container::Containers,
         cpu => crate::metrics::cpu::Cpu,
         load => crate::metrics::load::Load,
         memory => crate::metrics::memory::Memory,
         vmstat => crate::metrics::vmstat::Vmstat,
+        disk => crate::metrics::disk::Disk,
+        pressure => crate::metrics::pressure::Pressure,
+        buddyinfo => crate::metrics::buddyinfo::Buddyinfo,
+        interrupts => crate::metrics::interrupts::Interrupts,
+        filesystem => crate::metrics::filesystem::Filesystem,
+        schedstat => crate::metrics::schedstat::Schedstat,
+        runqlat => crate::metrics::runqlat::Runqlat,
+        blocklat => crate::metrics::blocklat::Blocklat,
+        reclaimlat => crate::metrics::reclaimlat::Reclaimlat,
+        netdev => crate::metrics::net::netdev::Netdev,
+        netstat => crate::metrics::net::netstat::Netstat,
+        sockstat => crate::metrics::net::sockstat::Sockstat,
+        softnet => crate::metrics::net::softnet::Softnet,
+        qdisc => crate::metrics::net::qdisc::Qdisc,
+        neighbor => crate::metrics::net::neighbor::Neighbor,
+        conntrack => crate::metrics::net::conntrack::Conntrack,
     }
-    events {}
-    autotracing {}
+    events {
+        dropwatch => crate::events::dropwatch::Dropwatch,
+        oom => crate::events::oom::Oom,
+        softirq => crate::events::softirq::Softirq,
+        memreclaim => crate::events::memreclaim::Memreclaim,
+        hungtask => crate::events::hungtask::Hungtask,
+        softlockup => crate::events::softlockup::Softlockup,
+        net_rx_latency => crate::events::net_rx_latency::NetRxLatency,
+    }
+    autotracing {
+        cpusys => crate::autotracing::cpusys::Cpusys,
+        cpuidle => crate::autotracing::cpuidle::Cpuidle,
+        dload => crate::autotracing::dload::Dload,
+        memburst => crate::autotracing::memburst::Memburst,
+        waitrate => crate::autotracing::waitrate::Waitrate,
+        iotracer => crate::autotracing::iotracer::Iotracer,
+    }
 }

@@ -265,6 +265,19 @@ mod tests {
     }
 
     #[test]
+    fn embedded_default_names_every_collector() {
+        let c = parse(DEFAULT_YAML, "default").unwrap();
+        for entry in kotel_receiver::catalog(&c.collectors) {
+            let key = format!("\n    {}:", entry.name);
+            assert!(
+                DEFAULT_YAML.contains(&key),
+                "default.yaml has no section for {}",
+                entry.name
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_names_line_column_and_path() {
         let text = "collectors:\n  metrics:\n    cpu:\n      per_cpu: true\n      bogus: 1\n";
         let e = parse(text, "k.yaml").unwrap_err();

@@ -157,6 +157,18 @@ impl GrpcTransport {
     }
 }
 
+/// An error with its causes, `a: b: c` (reqwest hides the useful part in sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 fn grpc_error(status: tonic::Status) -> SendError {
     let retry_after = status
         .get_details_retry_info()
@@ -245,11 +257,9 @@ impl HttpTransport {
         } else {
             body
         };
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SendError::transient(format!("HTTP POST {url}: {e}"), None))?;
+        let resp = req.body(body).send().await.map_err(|e| {
+            SendError::transient(format!("HTTP POST {url}: {}", error_chain(&e)), None)
+        })?;
         let status = resp.status();
         if status.is_success() {
             let bytes = resp

@@ -17,6 +17,10 @@ use super::encode::Format;
 pub trait StatusSource: Send + Sync {
     fn status(&self) -> serde_json::Value;
     fn ready(&self) -> bool;
+    /// The containers the agent knows (`GET /containers`); `None` = 404.
+    fn containers(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 #[derive(Clone)]
@@ -50,6 +54,7 @@ impl HttpServer {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/status", get(status_doc))
+            .route("/containers", get(containers_doc))
             .with_state(state);
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
@@ -108,4 +113,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn status_doc(State(state): State<AppState>) -> Response {
     axum::Json(state.status.status()).into_response()
+}
+
+async fn containers_doc(State(state): State<AppState>) -> Response {
+    match state.status.containers() {
+        Some(doc) => axum::Json(doc).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "container attribution is not running\n",
+        )
+            .into_response(),
+    }
 }

@@ -84,6 +84,11 @@ pub trait Detector: Send {
     /// Capture context for one trigger; blocking is allowed (runs off the
     /// async executor).
     fn capture(&mut self, trigger: &Trigger) -> anyhow::Result<EventRecord>;
+    /// Skip captures while kotel's own CPU use over the last minute is above
+    /// this many cores (`None`: no budget).
+    fn capture_cpu_budget(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// A built collector, ready to run.
