@@ -21,7 +21,7 @@ build:
 	$(CARGO) build --release --locked
 
 test: setup setup-test otelcol
-	$(CARGO) test --workspace --locked -- --test-threads=2
+	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all --check

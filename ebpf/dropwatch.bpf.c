@@ -37,6 +37,7 @@ struct drop_event {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	char ifname[16];
+	__u64 sock_cgroup_id; /* cgroup v2 id of the owning socket, 0 = none */
 };
 
 struct {
@@ -217,9 +218,21 @@ int kotel_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
 		e->ifindex = 0;
 		e->ifname[0] = 0;
 	}
-	if (!net) {
-		struct sock *sk = BPF_CORE_READ(skb, sk);
-		if (sk)
+	/* The socket's cgroup names the container that owns the traffic even
+	 * when the drop runs in softirq context on behalf of another task. */
+	struct sock *sk = 0;
+	/* rx_sk (kernel 6.11+) is the receiving socket a packet was dropped
+	 * for; skb->sk is only set once a socket owns the packet (TX path). */
+	if (bpf_core_field_exists(ctx->rx_sk))
+		sk = (struct sock *)BPF_CORE_READ(ctx, rx_sk);
+	if (!sk)
+		sk = BPF_CORE_READ(skb, sk);
+	e->sock_cgroup_id = 0;
+	if (sk) {
+		struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+		if (cg)
+			e->sock_cgroup_id = BPF_CORE_READ(cg, kn, id);
+		if (!net)
 			net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 	}
 	e->netns_ino = net ? BPF_CORE_READ(net, ns.inum) : 0;

@@ -214,6 +214,13 @@ static __always_inline void observe(const struct sk_buff *skb, struct sock *sk, 
 	if (!e)
 		return;
 	fill_hdr(&e->hdr);
+	/* The socket's cgroup names the container the traffic is for; at the
+	 * TCP stage the current task is whoever ran the softirq. */
+	if (sk) {
+		struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+		if (cg)
+			e->hdr.cgroup_id = BPF_CORE_READ(cg, kn, id);
+	}
 	e->latency_ns = lat;
 	e->threshold_ns = thr;
 	e->seq = p.seq;

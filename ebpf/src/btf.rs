@@ -2,24 +2,46 @@
 //! reader for enum values (aya does not expose type iteration).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use aya::Btf;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// The running kernel's BTF, parsed once. `Err` carries the reason.
+/// The running kernel's parsed BTF, shared while collectors load.
+static BTF: Mutex<Option<Result<Arc<Btf>, String>>> = Mutex::new(None);
+
+/// The running kernel's BTF, parsed on first use and cached until
+/// [`release_kernel_btf`]. `Err` carries the reason.
 pub fn kernel_btf() -> Result<Arc<Btf>, String> {
-    static BTF: OnceLock<Result<Arc<Btf>, String>> = OnceLock::new();
-    BTF.get_or_init(|| {
-        if !std::path::Path::new(VMLINUX).exists() {
-            return Err(format!(
-                "kernel lacks BTF ({VMLINUX} missing; needs CONFIG_DEBUG_INFO_BTF); eBPF collectors disabled"
-            ));
-        }
-        Btf::from_sys_fs().map(Arc::new).map_err(|e| format!("cannot parse kernel BTF {VMLINUX}: {e}"))
-    })
-    .clone()
+    let mut cached = BTF.lock().unwrap_or_else(|e| e.into_inner());
+    cached
+        .get_or_insert_with(|| {
+            if !std::path::Path::new(VMLINUX).exists() {
+                return Err(format!(
+                    "kernel lacks BTF ({VMLINUX} missing; needs CONFIG_DEBUG_INFO_BTF); eBPF collectors disabled"
+                ));
+            }
+            Btf::from_sys_fs()
+                .map(Arc::new)
+                .map_err(|e| format!("cannot parse kernel BTF {VMLINUX}: {e}"))
+        })
+        .clone()
+}
+
+/// Drop the cached BTF once every collector has loaded: parsed, the kernel's
+/// BTF takes tens of MiB, and it is needed again only to load programs later
+/// (a reload, an autotracing capture), when it is parsed anew (~20 ms).
+pub fn release_kernel_btf() {
+    let dropped = BTF.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(dropped);
+    // The parse made many small allocations; ask glibc to hand the freed
+    // pages back instead of keeping them in its arenas.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {

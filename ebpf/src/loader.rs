@@ -1,6 +1,5 @@
 //! Loading an object and attaching its programs one by one.
 
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::programs::{BtfTracePoint, Iter, RawTracePoint, TracePoint};
@@ -106,7 +105,6 @@ pub struct Loaded {
     pub attached: Vec<&'static str>,
     /// Programs that failed, with the reason.
     pub failed: Vec<(&'static str, String)>,
-    pub btf: Arc<Btf>,
 }
 
 impl Loaded {
@@ -200,7 +198,6 @@ pub fn load(
         loaded_at,
         attached,
         failed,
-        btf,
     })
 }
 

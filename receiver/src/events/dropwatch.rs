@@ -199,6 +199,7 @@ struct DropEvent {
     saddr: [u8; 16],
     daddr: [u8; 16],
     ifname: [u8; 16],
+    sock_cgroup_id: u64,
 }
 
 // SAFETY: plain integers and byte arrays.
@@ -253,7 +254,14 @@ fn to_record(e: &DropEvent, stack: Option<kotel_pipelines::Value>) -> EventRecor
             .with("network.interface.name", c_str(&e.ifname))
             .with("linux.net.ifindex", e.ifindex);
     }
-    r = bpf::with_task(r, &e.hdr);
+    // Attribute the drop to the socket's cgroup (its container) when the
+    // packet belongs to a socket: a receive-path drop runs in softirq context
+    // on behalf of whichever task happened to be on the CPU.
+    let mut hdr = e.hdr;
+    if e.sock_cgroup_id != 0 {
+        hdr.cgroup_id = e.sock_cgroup_id;
+    }
+    r = bpf::with_task(r, &hdr);
     if let Some(s) = stack {
         r = r.with("linux.kernel.stack", s);
     }

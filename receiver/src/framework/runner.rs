@@ -133,6 +133,8 @@ pub fn start(
             }
         }
     }
+    // Every BPF object is loaded by now; let the parsed kernel BTF go.
+    kotel_ebpf::btf::release_kernel_btf();
     for (name, interval, collector) in extra {
         health.set(name, super::Mode::Metrics, Status::Starting);
         groups
