@@ -1,6 +1,5 @@
 //! Loading an object and attaching its programs one by one.
 
-
 use anyhow::Context as _;
 use aya::programs::{BtfTracePoint, Iter, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
