@@ -16,14 +16,12 @@ use kotel_ebpf::{EventHeader, Hook, LoadOptions, objects, read_record};
 use kotel_pipelines::{
     EventEmitter, EventRecord, KeyValue, Metric, Number, NumberPoint, Severity, Value,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bpf::{self, Shared};
 use super::cgroup;
 use crate::framework::{
     Availability, CollectorSpec, EventCollector, HostContext, Instance, MetricsCollector, Mode,
-    spec::default_true,
 };
 
 pub struct Oom;
@@ -31,25 +29,8 @@ pub struct Oom;
 const NAME: &str = "oom";
 const SCOPE: &str = "kotel/oom";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-crate::common_settings!(Config);
+/// No settings beyond `enabled` and `interval`.
+pub type Config = crate::framework::spec::BasicConfig;
 
 fn hooks() -> [Hook; 1] {
     [Hook::BtfTracePoint {

@@ -16,13 +16,11 @@ use kotel_pipelines::{
     EventEmitter, EventRecord, KeyValue, Metric, Number, NumberPoint, Severity, Value,
 };
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::framework::{
     Availability, CollectorSpec, EventCollector, HostContext, Instance, MetricsCollector, Mode,
-    spec::default_true,
 };
 
 pub struct Softlockup;
@@ -34,25 +32,8 @@ const KMSG: &str = "/dev/kmsg";
 const QUIET: Duration = Duration::from_millis(500);
 const MAX_LINES: usize = 200;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-crate::common_settings!(Config);
+/// No settings beyond `enabled` and `interval`.
+pub type Config = crate::framework::spec::BasicConfig;
 
 impl CollectorSpec for Softlockup {
     const NAME: &'static str = NAME;

@@ -91,6 +91,20 @@ pub trait Detector: Send {
     }
 }
 
+impl Instance {
+    /// A metrics collector on its configured interval, else the default.
+    pub fn metrics(
+        interval: Option<Duration>,
+        default: Duration,
+        collector: impl MetricsCollector + 'static,
+    ) -> Self {
+        Instance::Metrics {
+            interval: interval.unwrap_or(default),
+            collector: Box::new(collector),
+        }
+    }
+}
+
 /// A built collector, ready to run.
 pub enum Instance {
     Metrics {

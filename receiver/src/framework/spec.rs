@@ -95,3 +95,32 @@ macro_rules! common_settings {
 pub fn default_true() -> bool {
     true
 }
+
+/// The config of a collector with no settings of its own.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BasicConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+}
+
+impl Default for BasicConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: None,
+        }
+    }
+}
+
+crate::common_settings!(BasicConfig);
+
+/// Available when the kernel file `path` exists.
+pub fn probe_path(path: &str) -> Availability {
+    if std::path::Path::new(path).exists() {
+        Availability::Available
+    } else {
+        Availability::Unavailable(format!("{path} not present"))
+    }
+}

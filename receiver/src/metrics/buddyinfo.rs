@@ -9,11 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, MetricData, Number};
-use serde::{Deserialize, Serialize};
 
 use super::disk::{metric, point, to_i64};
 use crate::framework::{
-    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode, spec::default_true,
+    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
 use crate::procfs::{self, ProcFile};
 
@@ -21,25 +20,8 @@ const BUDDYINFO: &str = "/proc/buddyinfo";
 
 pub struct Buddyinfo;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-crate::common_settings!(Config);
+/// No settings beyond `enabled` and `interval`.
+pub type Config = crate::framework::spec::BasicConfig;
 
 impl CollectorSpec for Buddyinfo {
     const NAME: &'static str = "buddyinfo";
@@ -49,11 +31,7 @@ impl CollectorSpec for Buddyinfo {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(BUDDYINFO).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{BUDDYINFO} not present"))
-        }
+        crate::framework::spec::probe_path(BUDDYINFO)
     }
 
     fn build(
@@ -62,10 +40,11 @@ impl CollectorSpec for Buddyinfo {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = BuddyinfoCollector::new(Path::new(BUDDYINFO), host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

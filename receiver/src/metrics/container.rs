@@ -140,10 +140,11 @@ impl CollectorSpec for Containers {
     ) -> anyhow::Result<Instance> {
         let collector = ContainersCollector::new(config, host, crate::cgroups::global().clone())?;
         crate::kube::start_global(&config.kubelet)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

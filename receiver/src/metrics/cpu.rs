@@ -64,11 +64,7 @@ impl CollectorSpec for Cpu {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(STAT).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{STAT} not present"))
-        }
+        crate::framework::spec::probe_path(STAT)
     }
 
     fn build(
@@ -77,10 +73,11 @@ impl CollectorSpec for Cpu {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = CpuCollector::new(Path::new(STAT), config, host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

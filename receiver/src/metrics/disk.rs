@@ -170,11 +170,7 @@ impl CollectorSpec for Disk {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(DISKSTATS).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{DISKSTATS} not present"))
-        }
+        crate::framework::spec::probe_path(DISKSTATS)
     }
 
     fn build(
@@ -184,10 +180,11 @@ impl CollectorSpec for Disk {
     ) -> anyhow::Result<Instance> {
         let collector =
             DiskCollector::new(Path::new(DISKSTATS), Path::new(SYS_BLOCK), config, host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

@@ -115,11 +115,7 @@ impl CollectorSpec for Filesystem {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(MOUNTINFO).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{MOUNTINFO} not present"))
-        }
+        crate::framework::spec::probe_path(MOUNTINFO)
     }
 
     fn build(
@@ -128,10 +124,11 @@ impl CollectorSpec for Filesystem {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = FilesystemCollector::new(Path::new(MOUNTINFO), config)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

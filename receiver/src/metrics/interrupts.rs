@@ -83,10 +83,11 @@ impl CollectorSpec for Interrupts {
     ) -> anyhow::Result<Instance> {
         let collector =
             InterruptsCollector::new(Path::new(INTERRUPTS), Path::new(SOFTIRQS), config, host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

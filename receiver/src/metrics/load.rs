@@ -4,10 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use kotel_pipelines::{Metric, MetricData, Number, NumberPoint};
-use serde::{Deserialize, Serialize};
 
 use crate::framework::{
-    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode, spec::default_true,
+    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
 use crate::procfs::{self, ProcFile};
 
@@ -15,25 +14,8 @@ const LOADAVG: &str = "/proc/loadavg";
 
 pub struct Load;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-crate::common_settings!(Config);
+/// No settings beyond `enabled` and `interval`.
+pub type Config = crate::framework::spec::BasicConfig;
 
 impl CollectorSpec for Load {
     const NAME: &'static str = "load";
@@ -42,11 +24,7 @@ impl CollectorSpec for Load {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(LOADAVG).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{LOADAVG} not present"))
-        }
+        crate::framework::spec::probe_path(LOADAVG)
     }
 
     fn build(
@@ -55,10 +33,11 @@ impl CollectorSpec for Load {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = LoadCollector::new(Path::new(LOADAVG))?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

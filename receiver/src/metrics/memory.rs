@@ -9,10 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, MetricData, Number, NumberPoint};
-use serde::{Deserialize, Serialize};
 
 use crate::framework::{
-    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode, spec::default_true,
+    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
 use crate::procfs::{self, ProcFile};
 
@@ -20,25 +19,8 @@ const MEMINFO: &str = "/proc/meminfo";
 
 pub struct Memory;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-crate::common_settings!(Config);
+/// No settings beyond `enabled` and `interval`.
+pub type Config = crate::framework::spec::BasicConfig;
 
 impl CollectorSpec for Memory {
     const NAME: &'static str = "memory";
@@ -47,11 +29,7 @@ impl CollectorSpec for Memory {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(MEMINFO).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{MEMINFO} not present"))
-        }
+        crate::framework::spec::probe_path(MEMINFO)
     }
 
     fn build(
@@ -60,10 +38,11 @@ impl CollectorSpec for Memory {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = MemoryCollector::new(Path::new(MEMINFO))?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

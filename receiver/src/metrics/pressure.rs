@@ -66,10 +66,11 @@ impl CollectorSpec for Pressure {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = PressureCollector::new(Path::new(PRESSURE), config, host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

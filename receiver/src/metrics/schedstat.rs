@@ -12,11 +12,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, Number};
-use serde::{Deserialize, Serialize};
 
 use super::disk::{counter, metric, point, to_i64};
 use crate::framework::{
-    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode, spec::default_true,
+    Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
 use crate::procfs::{self, ProcFile};
 
@@ -24,25 +23,8 @@ const SCHEDSTAT: &str = "/proc/schedstat";
 
 pub struct Schedstat;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(with = "humantime_serde")]
-    pub interval: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-crate::common_settings!(Config);
+/// No settings beyond `enabled` and `interval`.
+pub type Config = crate::framework::spec::BasicConfig;
 
 impl CollectorSpec for Schedstat {
     const NAME: &'static str = "schedstat";
@@ -60,10 +42,11 @@ impl CollectorSpec for Schedstat {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = SchedstatCollector::new(Path::new(SCHEDSTAT), host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 

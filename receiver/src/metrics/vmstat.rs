@@ -95,11 +95,7 @@ impl CollectorSpec for Vmstat {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        if Path::new(VMSTAT).exists() {
-            Availability::Available
-        } else {
-            Availability::Unavailable(format!("{VMSTAT} not present"))
-        }
+        crate::framework::spec::probe_path(VMSTAT)
     }
 
     fn build(
@@ -108,10 +104,11 @@ impl CollectorSpec for Vmstat {
         default_interval: Duration,
     ) -> anyhow::Result<Instance> {
         let collector = VmstatCollector::new(Path::new(VMSTAT), config, host)?;
-        Ok(Instance::Metrics {
-            interval: config.interval.unwrap_or(default_interval),
-            collector: Box::new(collector),
-        })
+        Ok(Instance::metrics(
+            config.interval,
+            default_interval,
+            collector,
+        ))
     }
 }
 
