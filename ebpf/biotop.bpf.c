@@ -64,7 +64,7 @@ static __always_inline void bstat(__u32 i)
 {
 	__u64 *v = bpf_map_lookup_elem(&bio_stats, &i);
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void remember(struct request *rq, int overwrite)

@@ -80,7 +80,7 @@ static __always_inline void count_overflow(__u32 k)
 {
 	__u64 *c = bpf_map_lookup_elem(&overflow, &k);
 	if (c)
-		*c += 1;
+		__sync_fetch_and_add(c, 1);
 }
 
 /* Direct (BTF) loads: cheaper than bpf_probe_read_kernel per hop. */
@@ -105,7 +105,7 @@ static __always_inline void count_disk(__u32 dev, __u32 idx)
 			return;
 	}
 	if (idx < C_LEN)
-		c->v[idx] += 1;
+		__sync_fetch_and_add(&c->v[idx], 1);
 }
 
 SEC("tp_btf/block_rq_issue")
@@ -158,20 +158,24 @@ int BPF_PROG(kotel_blk_complete, struct request *rq, blk_status_t error, unsigne
 			return 0;
 		}
 	}
-	if (issue && now > issue) {
+	/* Atomic even on per-CPU values: a completion in task context can be
+	 * preempted by another completion on the same CPU (PREEMPT kernels run
+	 * tracing programs with only migration disabled), and a plain += would
+	 * lose one of the two updates. */
+	if (issue && now >= issue) {
 		__u64 d = now - issue;
 		__u32 slot = hist_slot(d);
 		if (slot < HIST_SLOTS) {
-			s->v[ST_D2C + slot] += 1;
-			s->v[ST_D2C + HIST_SUM] += d;
+			__sync_fetch_and_add(&s->v[ST_D2C + slot], 1);
+			__sync_fetch_and_add(&s->v[ST_D2C + HIST_SUM], d);
 		}
 	}
-	if (start && now > start) {
+	if (start && now >= start) {
 		__u64 d = now - start;
 		__u32 slot = hist_slot(d);
 		if (slot < HIST_SLOTS) {
-			s->v[ST_Q2C + slot] += 1;
-			s->v[ST_Q2C + HIST_SUM] += d;
+			__sync_fetch_and_add(&s->v[ST_Q2C + slot], 1);
+			__sync_fetch_and_add(&s->v[ST_Q2C + HIST_SUM], d);
 		}
 	}
 	return 0;

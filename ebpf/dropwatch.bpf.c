@@ -91,19 +91,19 @@ static __always_inline void count_reason(__u32 reason)
 	if (reason < ARRAY_REASONS) {
 		v = bpf_map_lookup_elem(&drop_counts, &reason);
 		if (v)
-			*v += 1;
+			__sync_fetch_and_add(v, 1);
 		return;
 	}
 	v = bpf_map_lookup_elem(&drop_counts_subsys, &reason);
 	if (v) {
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 		return;
 	}
 	__u64 one = 1;
 	if (bpf_map_update_elem(&drop_counts_subsys, &reason, &one, BPF_NOEXIST)) {
 		v = bpf_map_lookup_elem(&drop_counts_subsys, &reason);
 		if (v)
-			*v += 1;
+			__sync_fetch_and_add(v, 1);
 	}
 }
 

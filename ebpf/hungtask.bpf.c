@@ -53,7 +53,7 @@ int BPF_PROG(kotel_process_hang, struct task_struct *t)
 	__u32 k = 0;
 	__u64 *n = bpf_map_lookup_elem(&hangs, &k);
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 	struct hang_event *e = RESERVE_EVENT(events, struct hang_event);
 	if (!e)
 		return 0;

@@ -77,11 +77,11 @@ static __always_inline int end(__u32 kind, __u64 nr_reclaimed)
 	__u32 k = kind * HIST_LEN + hist_slot(d);
 	__u64 *c = bpf_map_lookup_elem(&duration_hist, &k);
 	if (c)
-		*c += 1;
+		__sync_fetch_and_add(c, 1);
 	k = kind * HIST_LEN + HIST_SUM;
 	c = bpf_map_lookup_elem(&duration_hist, &k);
 	if (c)
-		*c += d;
+		__sync_fetch_and_add(c, d);
 
 	if (d < threshold_ns)
 		return 0;

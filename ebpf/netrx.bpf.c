@@ -81,7 +81,7 @@ static __always_inline void skip(__u32 why)
 {
 	__u64 *c = bpf_map_lookup_elem(&skipped, &why);
 	if (c)
-		*c += 1;
+		__sync_fetch_and_add(c, 1);
 }
 
 struct tcp_info_ {
@@ -181,11 +181,11 @@ static __always_inline void observe(const struct sk_buff *skb, struct sock *sk, 
 	k = stage * HIST_LEN + hist_slot(lat);
 	__u64 *c = bpf_map_lookup_elem(&latency_hist, &k);
 	if (c)
-		*c += 1;
+		__sync_fetch_and_add(c, 1);
 	k = stage * HIST_LEN + HIST_SUM;
 	c = bpf_map_lookup_elem(&latency_hist, &k);
 	if (c)
-		*c += lat;
+		__sync_fetch_and_add(c, lat);
 
 	__u64 thr = stage == 0 ? threshold_ns[0] : stage == 1 ? threshold_ns[1] : threshold_ns[2];
 	if (lat < thr)

@@ -63,7 +63,7 @@ int BPF_PROG(kotel_mark_victim, struct task_struct *task, uid_t uid)
 	__u32 k = 0;
 	__u64 *n = bpf_map_lookup_elem(&kills, &k);
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 
 	struct oom_event *e = RESERVE_EVENT(events, struct oom_event);
 	if (!e)

@@ -104,8 +104,8 @@ static __always_inline void hist_add(__u32 kind, __u64 d)
 	__u32 slot = hist_slot(d);
 	if (!h || slot >= HIST_SLOTS)
 		return;
-	h->v[slot] += 1;
-	h->v[HIST_SUM] += d;
+	__sync_fetch_and_add(&h->v[slot], 1);
+	__sync_fetch_and_add(&h->v[HIST_SUM], d);
 }
 
 static __always_inline __u64 stamp_key(__u32 slot)
@@ -152,12 +152,12 @@ static __always_inline void cgroup_add(__u32 kind, __u64 d)
 			__u32 k = 0;
 			__u64 *c = bpf_map_lookup_elem(&overflow, &k);
 			if (c)
-				*c += 1;
+				__sync_fetch_and_add(c, 1);
 			return;
 		}
 	}
-	v->stalls += 1;
-	v->ns += d;
+	__sync_fetch_and_add(&v->stalls, 1);
+	__sync_fetch_and_add(&v->ns, d);
 }
 
 static __always_inline int end(__u32 kind, bool per_cgroup)
@@ -207,7 +207,7 @@ int BPF_PROG(kotel_rcl_kswapd_wake, int nid, int zid, int order)
 	__u32 zero = 0;
 	struct node_counts *c = bpf_map_lookup_elem(&kswapd_wakes, &zero);
 	if (c && n < MAX_NODES)
-		c->v[n] += 1;
+		__sync_fetch_and_add(&c->v[n], 1);
 	return 0;
 }
 

@@ -144,7 +144,7 @@ static __always_inline struct cg_stats *cg_get(__u64 cgid)
 		__u32 k = OV_CGROUP_FULL;
 		__u64 *c = bpf_map_lookup_elem(&overflow, &k);
 		if (c)
-			*c += 1;
+			__sync_fetch_and_add(c, 1);
 	}
 	return s;
 }
@@ -156,7 +156,7 @@ static __always_inline void stamp(struct task_struct *p, __u64 now)
 		__u32 k = OV_ENQUEUED_FULL;
 		__u64 *c = bpf_map_lookup_elem(&overflow, &k);
 		if (c)
-			*c += 1;
+			__sync_fetch_and_add(c, 1);
 	}
 }
 
@@ -193,7 +193,7 @@ static __always_inline void record_top(struct task_struct *next, __u64 cgid, __u
 			k = OV_TOP_FULL;
 			__u64 *c = bpf_map_lookup_elem(&overflow, &k);
 			if (c)
-				*c += 1;
+				__sync_fetch_and_add(c, 1);
 		}
 		e = bpf_map_lookup_elem(&top, &tid);
 		if (!e)
@@ -233,7 +233,7 @@ int BPF_PROG(kotel_runq_switch, bool preempt, struct task_struct *prev,
 		}
 		__u64 *c = bpf_map_lookup_elem(&switches, &kind);
 		if (c)
-			*c += 1;
+			__sync_fetch_and_add(c, 1);
 	}
 
 	/* 2. next enters: its wait since wakeup/preemption. */

@@ -79,11 +79,11 @@ static __always_inline void hist_add(void *map, __u32 vec, __u64 v)
 	__u32 k = vec * HIST_LEN + hist_slot(v);
 	__u64 *c = bpf_map_lookup_elem(map, &k);
 	if (c)
-		*c += 1;
+		__sync_fetch_and_add(c, 1);
 	k = vec * HIST_LEN + HIST_SUM;
 	c = bpf_map_lookup_elem(map, &k);
 	if (c)
-		*c += v;
+		__sync_fetch_and_add(c, v);
 }
 
 static __always_inline void report(__u32 vec, __u64 lat, __u32 kind)
@@ -171,11 +171,11 @@ int kotel_hrtimer_expire(struct trace_event_raw_hrtimer_expire_entry *ctx)
 		__u32 slot = hist_slot(gap);
 		__u64 *c = bpf_map_lookup_elem(&tick_hist, &slot);
 		if (c)
-			*c += 1;
+			__sync_fetch_and_add(c, 1);
 		slot = HIST_SUM;
 		c = bpf_map_lookup_elem(&tick_hist, &slot);
 		if (c)
-			*c += gap;
+			__sync_fetch_and_add(c, gap);
 		report(1, gap, 2);
 	}
 	*last = now;
