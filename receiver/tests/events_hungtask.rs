@@ -161,6 +161,19 @@ async fn blocked_direct_write_is_reported_with_dstate_stacks() {
         panic!("stack")
     };
     assert!(!stack.is_empty());
+    // The kernel's own report line, from the kernel log.
+    let Some(Value::Array(log)) = attr(&r.attributes, "linux.kernel.log") else {
+        panic!("kernel log report: {:?}", r.attributes)
+    };
+    let first = log[0].as_str().unwrap_or_default();
+    assert!(
+        first.contains(&format!(":{pid} blocked for more than")),
+        "{log:?}"
+    );
+    assert!(
+        str_attr(r, "linux.cgroup.path").is_some(),
+        "cgroup attribution from the cgroup model"
+    );
     assert!(int(r, "linux.hung_task.dstate_task_count").unwrap() >= 1);
     let Some(Value::Array(groups)) = attr(&r.attributes, "linux.hung_task.dstate_stacks") else {
         panic!("groups")

@@ -154,6 +154,49 @@ pub fn scan_dstate(loaded: &mut kotel_ebpf::Loaded) -> anyhow::Result<Vec<Dstate
 }
 
 /// D-state tasks grouped by identical symbolised stack, largest group first.
+/// The kernel's own report of the hung task (`INFO: task <comm>:<pid>
+/// blocked for more than N seconds.` and the lines after it) from the kernel
+/// log, if it is there yet: khungtaskd prints it right after the tracepoint.
+fn kernel_log_report(comm: &str, pid: u32) -> Option<Vec<Value>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const MAX_LINES: usize = 40;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    let needle = format!("task {comm}:{pid} blocked for more than");
+    let mut report: Vec<Value> = Vec::new();
+    // False once the next report (another task's) starts after ours.
+    let mut collecting = false;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match kmsg.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let Some(line) = super::softlockup::parse_kmsg(&String::from_utf8_lossy(&buf[..n]))
+                else {
+                    continue;
+                };
+                if line.text.contains(&needle) {
+                    report.clear();
+                    report.push(line.text.into());
+                    collecting = true;
+                } else if line.text.starts_with("INFO: task ") {
+                    collecting = false;
+                } else if collecting && report.len() < MAX_LINES {
+                    report.push(line.text.into());
+                }
+            }
+            // Overwritten records: keep reading from the oldest still there.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    (!report.is_empty()).then_some(report)
+}
+
 pub fn group_by_stack(tasks: &[DstateTask], max_groups: usize) -> Vec<Value> {
     let mut groups: BTreeMap<Vec<String>, Vec<&DstateTask>> = BTreeMap::new();
     for t in tasks {
@@ -228,10 +271,18 @@ impl EventCollector for Events {
                                     .collect(),
                             ),
                         );
-                if let Some(p) = super::cgroup::proc_cgroups(e.tgid)
-                    .and_then(|l| l.into_iter().find(|l| l.starts_with("0::")))
-                {
-                    r = r.with("process.linux.cgroup", p);
+                match crate::cgroups::resolve_pid(e.tgid) {
+                    Some(info) => r.attributes.extend(info.process_attributes()),
+                    None => {
+                        if let Some(p) = super::cgroup::proc_cgroups(e.tgid)
+                            .and_then(|l| l.into_iter().find(|l| l.starts_with("0::")))
+                        {
+                            r = r.with("process.linux.cgroup", p);
+                        }
+                    }
+                }
+                if let Some(lines) = kernel_log_report(&c_str(&e.comm), e.pid) {
+                    r = r.with("linux.kernel.log", Value::Array(lines));
                 }
                 if config.dstate_stacks {
                     let fresh = last_scan
