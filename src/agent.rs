@@ -184,7 +184,7 @@ pub async fn run(source: Source) -> anyhow::Result<()> {
     };
     if let Some(s) = &server {
         info!(
-            "serving /metrics, /healthz, /readyz, /status on http://{}",
+            "serving /metrics, /healthz, /readyz, /status, /containers on http://{}",
             s.local_addr
         );
     }
