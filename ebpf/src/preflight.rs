@@ -114,6 +114,26 @@ pub struct Requirements {
     pub task_iter: bool,
 }
 
+impl Requirements {
+    /// What attaching `hooks` needs: each tracepoint, each BTF tracepoint,
+    /// and the task iterator. Derived, so a probe cannot drift from the
+    /// programs a collector really attaches.
+    pub fn for_hooks(hooks: &[crate::Hook]) -> Self {
+        let mut req = Self::default();
+        for hook in hooks {
+            match *hook {
+                crate::Hook::TracePoint { category, name, .. } => {
+                    req.tracepoints.push((category, name))
+                }
+                crate::Hook::BtfTracePoint { name, .. }
+                | crate::Hook::RawTracePoint { name, .. } => req.btf_tracepoints.push(name),
+                crate::Hook::Iter { target, .. } => req.task_iter |= target == "task",
+            }
+        }
+        req
+    }
+}
+
 /// Full preflight: BTF, capabilities, tracefs and each hook's existence.
 pub fn check(req: &Requirements) -> Result<(), String> {
     crate::btf::kernel_btf()?;

@@ -29,6 +29,33 @@ pub fn probe(req: &kotel_ebpf::preflight::Requirements) -> Availability {
     }
 }
 
+/// Probe from the hooks a collector attaches.
+pub fn probe_hooks(hooks: &[kotel_ebpf::Hook]) -> Availability {
+    probe(&kotel_ebpf::preflight::Requirements::for_hooks(hooks))
+}
+
+/// The metrics half of a collector whose only kernel counter is element 0 of
+/// a per-CPU array (`kills`, `hangs`), plus its lost-event counter.
+pub struct SingleCounter {
+    pub shared: Shared,
+    pub collector: &'static str,
+    pub map: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    pub unit: &'static str,
+}
+
+impl crate::framework::MetricsCollector for SingleCounter {
+    fn collect(&mut self, out: &mut Vec<Metric>) -> anyhow::Result<()> {
+        let loaded = lock(&self.shared);
+        let n = kotel_ebpf::maps::percpu_array_sums(&loaded.bpf, self.map)?;
+        let point = NumberPoint::new(Vec::new(), loaded.loaded_at, n[0]);
+        out.push(counter(self.name, self.description, self.unit, vec![point]));
+        out.push(lost_metric(self.collector, &loaded)?);
+        Ok(())
+    }
+}
+
 /// Take the ring buffer map `name` out of the object (before sharing it).
 pub fn take_ring(loaded: &mut Loaded, name: &str) -> anyhow::Result<Map> {
     loaded
@@ -77,13 +104,9 @@ pub fn with_cgroup(mut rec: EventRecord, cgroup_id: u64) -> EventRecord {
     if cgroup_id != 0 {
         rec.attributes
             .push(KeyValue::new("linux.cgroup.id", cgroup_id));
-        match crate::cgroups::resolve_cgroup_id(cgroup_id) {
-            Some(info) => rec.attributes.extend(info.process_attributes()),
-            None => {
-                if let Some(p) = crate::events::cgroup::path_of_id(cgroup_id) {
-                    rec.attributes.push(KeyValue::new("linux.cgroup.path", p));
-                }
-            }
+        // The cgroup model walks the hierarchy itself on a miss.
+        if let Some(info) = crate::cgroups::resolve_cgroup_id(cgroup_id) {
+            rec.attributes.extend(info.process_attributes());
         }
     }
     rec

@@ -38,12 +38,6 @@ fn read_mounts() -> (Option<PathBuf>, Option<PathBuf>) {
     (v2, mem)
 }
 
-/// The cgroup v2 path (relative to the cgroup2 root, starting with `/`) of
-/// the cgroup with inode/id `id`. Walks the hierarchy on a cache miss.
-pub fn path_of_id(id: u64) -> Option<String> {
-    path_in(&mounts().0?, id)
-}
-
 /// The path (relative to `root`, starting with `/`) of the cgroup directory
 /// with inode `id` in the hierarchy mounted at `root` (v1 or v2; a cgroup's
 /// kernfs id is its inode number). Cached; walks on a miss.

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kotel_ebpf::event::{Record, c_str};
-use kotel_ebpf::preflight::Requirements;
 use kotel_ebpf::{EventHeader, Hook, LoadOptions, objects, read_record};
 use kotel_pipelines::{EventEmitter, EventRecord, KeyValue, Metric, Number, NumberPoint, Severity};
 use serde::{Deserialize, Serialize};
@@ -136,10 +135,7 @@ impl CollectorSpec for Dropwatch {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        bpf::probe(&Requirements {
-            tracepoints: vec![("skb", "kfree_skb")],
-            ..Default::default()
-        })
+        bpf::probe_hooks(&hooks())
     }
 
     fn build(

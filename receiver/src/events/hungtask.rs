@@ -12,18 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kotel_ebpf::event::{Record, c_str};
-use kotel_ebpf::preflight::Requirements;
 use kotel_ebpf::{EventHeader, Hook, LoadOptions, objects, read_record};
-use kotel_pipelines::{
-    EventEmitter, EventRecord, KeyValue, Metric, Number, NumberPoint, Severity, Value,
-};
+use kotel_pipelines::{EventEmitter, EventRecord, KeyValue, Severity, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bpf::{self, Shared};
 use crate::framework::{
-    Availability, CollectorSpec, EventCollector, HostContext, Instance, MetricsCollector, Mode,
-    spec::default_true,
+    Availability, CollectorSpec, EventCollector, HostContext, Instance, Mode, spec::default_true,
 };
 
 pub struct Hungtask;
@@ -78,11 +74,7 @@ impl CollectorSpec for Hungtask {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        bpf::probe(&Requirements {
-            btf_tracepoints: vec!["sched_process_hang"],
-            task_iter: true,
-            ..Default::default()
-        })
+        bpf::probe_hooks(&hooks())
     }
 
     fn build(
@@ -103,7 +95,14 @@ impl CollectorSpec for Hungtask {
             }),
             metrics: Some((
                 config.interval.unwrap_or(default_interval),
-                Box::new(Counters { shared }),
+                Box::new(bpf::SingleCounter {
+                    shared,
+                    collector: NAME,
+                    map: "hangs",
+                    name: "linux.hung_task.reports",
+                    description: "Hung-task reports by khungtaskd since kotel loaded its probe",
+                    unit: "{report}",
+                }),
             )),
         })
     }
@@ -313,29 +312,5 @@ impl EventCollector for Events {
             })
             .await
         })
-    }
-}
-
-struct Counters {
-    shared: Shared,
-}
-
-impl MetricsCollector for Counters {
-    fn collect(&mut self, out: &mut Vec<Metric>) -> anyhow::Result<()> {
-        let loaded = bpf::lock(&self.shared);
-        let n = kotel_ebpf::maps::percpu_array_sums(&loaded.bpf, "hangs")?;
-        let point = NumberPoint {
-            attributes: Vec::new(),
-            start_time: loaded.loaded_at,
-            value: Number::Int(n[0] as i64),
-        };
-        out.push(bpf::counter(
-            "linux.hung_task.reports",
-            "Hung-task reports by khungtaskd since kotel loaded its probe",
-            "{report}",
-            vec![point],
-        ));
-        out.push(bpf::lost_metric(NAME, &loaded)?);
-        Ok(())
     }
 }

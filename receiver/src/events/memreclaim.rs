@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kotel_ebpf::event::Record;
 use kotel_ebpf::maps::{Log2Hist, log2_bounds};
-use kotel_ebpf::preflight::Requirements;
 use kotel_ebpf::{EventHeader, Hook, LoadOptions, objects, read_record};
 use kotel_pipelines::{EventEmitter, EventRecord, KeyValue, Metric, Severity};
 use serde::{Deserialize, Serialize};
@@ -93,15 +92,7 @@ impl CollectorSpec for Memreclaim {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        bpf::probe(&Requirements {
-            tracepoints: vec![
-                ("vmscan", "mm_vmscan_direct_reclaim_begin"),
-                ("vmscan", "mm_vmscan_direct_reclaim_end"),
-                ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
-                ("vmscan", "mm_vmscan_memcg_reclaim_end"),
-            ],
-            ..Default::default()
-        })
+        bpf::probe_hooks(&hooks())
     }
 
     fn build(

@@ -20,7 +20,6 @@ use anyhow::Context as _;
 use kotel_ebpf::aya::maps::Array;
 use kotel_ebpf::event::Record;
 use kotel_ebpf::maps::{Log2Hist, log2_bounds};
-use kotel_ebpf::preflight::Requirements;
 use kotel_ebpf::{EventHeader, Hook, LoadOptions, RingReader, objects, read_record};
 use kotel_pipelines::{EventEmitter, EventRecord, KeyValue, Metric, Number, NumberPoint, Severity};
 use serde::{Deserialize, Serialize};
@@ -147,10 +146,7 @@ impl CollectorSpec for NetRxLatency {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        bpf::probe(&Requirements {
-            btf_tracepoints: vec!["netif_receive_skb", "tcp_probe", "skb_copy_datagram_iovec"],
-            ..Default::default()
-        })
+        bpf::probe_hooks(&hooks())
     }
 
     fn build(

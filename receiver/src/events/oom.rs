@@ -11,18 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kotel_ebpf::event::{Record, c_str};
-use kotel_ebpf::preflight::Requirements;
 use kotel_ebpf::{EventHeader, Hook, LoadOptions, objects, read_record};
-use kotel_pipelines::{
-    EventEmitter, EventRecord, KeyValue, Metric, Number, NumberPoint, Severity, Value,
-};
+use kotel_pipelines::{EventEmitter, EventRecord, KeyValue, Severity, Value};
 use tokio::sync::watch;
 
 use super::bpf::{self, Shared};
 use super::cgroup;
-use crate::framework::{
-    Availability, CollectorSpec, EventCollector, HostContext, Instance, MetricsCollector, Mode,
-};
+use crate::framework::{Availability, CollectorSpec, EventCollector, HostContext, Instance, Mode};
 
 pub struct Oom;
 
@@ -47,10 +42,7 @@ impl CollectorSpec for Oom {
     type Config = Config;
 
     fn probe(_config: &Config) -> Availability {
-        bpf::probe(&Requirements {
-            btf_tracepoints: vec!["mark_victim"],
-            ..Default::default()
-        })
+        bpf::probe_hooks(&hooks())
     }
 
     fn build(
@@ -71,7 +63,14 @@ impl CollectorSpec for Oom {
             }),
             metrics: Some((
                 config.interval.unwrap_or(default_interval),
-                Box::new(Counters { shared }),
+                Box::new(bpf::SingleCounter {
+                    shared,
+                    collector: NAME,
+                    map: "kills",
+                    name: "linux.oom.kills",
+                    description: "OOM kills seen since kotel loaded its probe",
+                    unit: "{kill}",
+                }),
             )),
         })
     }
@@ -243,29 +242,5 @@ impl EventCollector for Events {
             })
             .await
         })
-    }
-}
-
-struct Counters {
-    shared: Shared,
-}
-
-impl MetricsCollector for Counters {
-    fn collect(&mut self, out: &mut Vec<Metric>) -> anyhow::Result<()> {
-        let loaded = bpf::lock(&self.shared);
-        let kills = kotel_ebpf::maps::percpu_array_sums(&loaded.bpf, "kills")?;
-        let point = NumberPoint {
-            attributes: Vec::new(),
-            start_time: loaded.loaded_at,
-            value: Number::Int(kills[0] as i64),
-        };
-        out.push(bpf::counter(
-            "linux.oom.kills",
-            "OOM kills seen since kotel loaded its probe",
-            "{kill}",
-            vec![point],
-        ));
-        out.push(bpf::lost_metric(NAME, &loaded)?);
-        Ok(())
     }
 }
