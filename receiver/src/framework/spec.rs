@@ -117,10 +117,11 @@ impl Default for BasicConfig {
 crate::common_settings!(BasicConfig);
 
 /// Available when the kernel file `path` exists.
-pub fn probe_path(path: &str) -> Availability {
-    if std::path::Path::new(path).exists() {
+pub fn probe_path(path: impl AsRef<std::path::Path>) -> Availability {
+    let path = path.as_ref();
+    if path.exists() {
         Availability::Available
     } else {
-        Availability::Unavailable(format!("{path} not present"))
+        Availability::Unavailable(format!("{} not present", path.display()))
     }
 }

@@ -11,9 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kotel_pipelines::{KeyValue, Metric, MetricData, Number, NumberPoint};
-use regex::RegexSet;
 use serde::{Deserialize, Serialize};
 
 use crate::framework::{
@@ -30,51 +28,7 @@ const SECTOR: u64 = 512;
 // Helpers shared by the host collectors (disk, pressure, buddyinfo,
 // interrupts, filesystem, schedstat).
 
-/// An include/exclude pair of whole-string regular expressions.
-#[derive(Debug)]
-pub(crate) struct Filter {
-    include: Option<RegexSet>,
-    exclude: RegexSet,
-}
-
-impl Filter {
-    /// `include` empty = everything. Errors name the collector and pattern.
-    pub(crate) fn new(
-        collector: &str,
-        include: &[String],
-        exclude: &[String],
-    ) -> anyhow::Result<Self> {
-        let set = |what: &str, patterns: &[String]| -> anyhow::Result<RegexSet> {
-            for p in patterns {
-                regex::Regex::new(&format!("^(?:{p})$"))
-                    .with_context(|| format!("{collector}: invalid {what} regex {p:?}"))?;
-            }
-            Ok(RegexSet::new(
-                patterns.iter().map(|p| format!("^(?:{p})$")),
-            )?)
-        };
-        Ok(Self {
-            include: if include.is_empty() {
-                None
-            } else {
-                Some(set("include", include)?)
-            },
-            exclude: set("exclude", exclude)?,
-        })
-    }
-
-    pub(crate) fn matches(&self, name: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(name)) && !self.exclude.is_match(name)
-    }
-
-    /// Selected when any of `names` is included and none is excluded.
-    pub(crate) fn matches_any(&self, names: &[&str]) -> bool {
-        self.include
-            .as_ref()
-            .is_none_or(|s| names.iter().any(|n| s.is_match(n)))
-            && !names.iter().any(|n| self.exclude.is_match(n))
-    }
-}
+pub(crate) use super::filter::Filter;
 
 /// `linux.collector.series.dropped` for `collector`.
 pub(crate) fn dropped_metric(collector: &'static str, dropped: u64) -> Metric {

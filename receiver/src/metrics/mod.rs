@@ -6,6 +6,7 @@ pub mod container;
 pub mod cpu;
 pub mod disk;
 pub mod filesystem;
+pub(crate) mod filter;
 pub mod interrupts;
 pub mod load;
 pub mod memory;

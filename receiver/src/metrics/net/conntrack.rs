@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kotel_pipelines::Metric;
 
-use super::{gauge, instance, net_config, point};
+use super::{gauge, net_config, point};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -38,7 +38,11 @@ impl CollectorSpec for Conntrack {
 
     fn build(config: &Config, _host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = ConntrackCollector::new(Path::new("/proc"))?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 

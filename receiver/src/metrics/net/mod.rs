@@ -19,14 +19,9 @@ mod netlink;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use kotel_pipelines::{KeyValue, Metric, MetricData, Number, NumberPoint};
-use regex::RegexSet;
-
-use crate::framework::{Availability, Instance, MetricsCollector};
 
 /// Declares a collector `Config` with `enabled` and `interval`, plus, with
 /// `filtered(what, max)`, `include`/`exclude` regexes over `what` and a
@@ -83,57 +78,9 @@ macro_rules! net_config {
 }
 pub(crate) use net_config;
 
-/// `Available` when `path` exists.
-pub(crate) fn probe_path(path: &Path) -> Availability {
-    if path.exists() {
-        Availability::Available
-    } else {
-        Availability::Unavailable(format!("{} not present", path.display()))
-    }
-}
+pub(crate) use crate::framework::spec::probe_path;
 
-pub(crate) fn instance(
-    interval: Option<Duration>,
-    default_interval: Duration,
-    collector: impl MetricsCollector + 'static,
-) -> Instance {
-    Instance::Metrics {
-        interval: interval.unwrap_or(default_interval),
-        collector: Box::new(collector),
-    }
-}
-
-/// Include/exclude filter over whole names.
-pub(crate) struct Filter {
-    include: Option<RegexSet>,
-    exclude: RegexSet,
-}
-
-impl Filter {
-    pub fn new(collector: &str, include: &[String], exclude: &[String]) -> anyhow::Result<Self> {
-        let set = |what: &str, patterns: &[String]| -> anyhow::Result<RegexSet> {
-            for p in patterns {
-                regex::Regex::new(&format!("^(?:{p})$"))
-                    .with_context(|| format!("{collector}: invalid {what} regex {p:?}"))?;
-            }
-            Ok(RegexSet::new(
-                patterns.iter().map(|p| format!("^(?:{p})$")),
-            )?)
-        };
-        Ok(Self {
-            include: if include.is_empty() {
-                None
-            } else {
-                Some(set("include", include)?)
-            },
-            exclude: set("exclude", exclude)?,
-        })
-    }
-
-    pub fn matches(&self, name: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(name)) && !self.exclude.is_match(name)
-    }
-}
+pub(crate) use super::filter::Filter;
 
 /// Series budget of one collection.
 pub(crate) struct Cap {
@@ -351,7 +298,7 @@ pub(crate) mod testutil {
 
     /// The captured `/proc` tree under tests/fixtures/net.
     pub fn root() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/net/proc")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/net/proc")
     }
 
     pub fn find<'a>(out: &'a [Metric], name: &str) -> &'a Metric {
@@ -444,15 +391,6 @@ mod tests {
         s.begin(4000);
         // veth1 was not seen at 3000, so it is new again.
         assert_eq!(s.start(&"veth1", 9), 3000);
-    }
-
-    #[test]
-    fn filter_is_anchored() {
-        let f = Filter::new("t", &["eth.*".into(), "lo".into()], &["eth1".into()]).unwrap();
-        assert!(f.matches("eth0") && f.matches("lo"));
-        assert!(!f.matches("eth1") && !f.matches("xlo") && !f.matches("lo0"));
-        let err = Filter::new("netdev", &[], &["(".into()]).err().unwrap();
-        assert!(format!("{err:#}").contains("netdev: invalid exclude regex"));
     }
 
     #[test]

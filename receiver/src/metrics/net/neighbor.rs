@@ -13,7 +13,7 @@ use std::time::Duration;
 use kotel_pipelines::{KeyValue, Metric, Value};
 
 use super::netlink::{IfNames, Rtnetlink, u32_at};
-use super::{Cap, Filter, gauge, hex_table, instance, net_config, point, probe_path, sum};
+use super::{Cap, Filter, gauge, hex_table, net_config, point, probe_path, sum};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -36,7 +36,11 @@ impl CollectorSpec for Neighbor {
 
     fn build(config: &Config, host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = NeighborCollector::new(Path::new("/proc"), config, host, true)?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, NumberPoint, Value, now_nanos};
 
-use super::{Cap, Filter, Starts, instance, net_config, point, probe_path, sum};
+use super::{Cap, Filter, Starts, net_config, point, probe_path, sum};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -28,7 +28,11 @@ impl CollectorSpec for Netdev {
 
     fn build(config: &Config, host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = NetdevCollector::new(Path::new("/proc"), config, host)?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 

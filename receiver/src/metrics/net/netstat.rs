@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, Number, NumberPoint};
 
-use super::{Cap, Filter, gauge, instance, net_config, point, probe_path, sum};
+use super::{Cap, Filter, gauge, net_config, point, probe_path, sum};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -38,7 +38,11 @@ impl CollectorSpec for Netstat {
 
     fn build(config: &Config, host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = NetstatCollector::new(Path::new("/proc"), config, host)?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 

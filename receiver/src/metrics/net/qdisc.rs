@@ -12,7 +12,7 @@ use std::time::Duration;
 use kotel_pipelines::{KeyValue, Metric, NumberPoint, Value, now_nanos};
 
 use super::netlink::{IfNames, Rtnetlink, attrs, u32_at, u64_at};
-use super::{Cap, Filter, Starts, Wrap32, gauge, instance, net_config, point, sum};
+use super::{Cap, Filter, Starts, Wrap32, gauge, net_config, point, sum};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -40,7 +40,11 @@ impl CollectorSpec for Qdisc {
 
     fn build(config: &Config, host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = QdiscCollector::new(config, host)?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, NumberPoint};
 
-use super::{gauge, instance, net_config, point, probe_path};
+use super::{gauge, net_config, point, probe_path};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -28,7 +28,11 @@ impl CollectorSpec for Sockstat {
 
     fn build(config: &Config, host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = SockstatCollector::new(Path::new("/proc"), host)?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 

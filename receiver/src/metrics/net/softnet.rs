@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kotel_pipelines::{KeyValue, Metric, NumberPoint};
 
-use super::{Wrap32, gauge, instance, net_config, parse_hex, point, probe_path, sum};
+use super::{Wrap32, gauge, net_config, parse_hex, point, probe_path, sum};
 use crate::framework::{
     Availability, CollectorSpec, HostContext, Instance, MetricsCollector, Mode,
 };
@@ -31,7 +31,11 @@ impl CollectorSpec for Softnet {
 
     fn build(config: &Config, host: &HostContext, default: Duration) -> anyhow::Result<Instance> {
         let c = SoftnetCollector::new(Path::new("/proc"), host)?;
-        Ok(instance(config.interval, default, c))
+        Ok(crate::framework::Instance::metrics(
+            config.interval,
+            default,
+            c,
+        ))
     }
 }
 
